@@ -1,0 +1,1 @@
+"""Membership inference attacks on prediction scores: train, attack, calibrate, report."""

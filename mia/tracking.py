@@ -1,0 +1,67 @@
+"""Experiment tracking: Weights & Biases (offline by default), CSV, or nothing."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger, WandbLogger
+
+log = logging.getLogger(__name__)
+
+
+def make_logger(cfg: DictConfig) -> Logger | None:
+    """Instantiate ``cfg.logger`` (``logger=none`` gives no logger) and record the config."""
+    if not cfg.get("logger"):
+        return None
+    logger = hydra.utils.instantiate(cfg.logger)
+    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return logger
+
+
+def flat_metrics(
+    attack_rows: Sequence[dict[str, Any]], model_rows: Sequence[dict[str, Any]]
+) -> dict[str, float]:
+    """Summary keys: ``attack/<attack>/<set>/<metric>`` and ``<role>/<metric>``."""
+    from mia.results import set_label
+
+    metrics: dict[str, float] = {}
+    for row in attack_rows:
+        prefix = f"attack/{row['attack']}/{set_label(row)}"
+        for key, value in row.items():
+            if isinstance(value, float) and not math.isnan(value) and key != "delta":
+                metrics[f"{prefix}/{key}"] = value
+    for row in model_rows:
+        if row["calibrated"]:
+            for key, value in row.items():
+                if isinstance(value, float):
+                    metrics[f"{row['role']}/{key}"] = value
+    return metrics
+
+
+def report(
+    logger: Logger | None,
+    metrics: dict[str, float],
+    tables: dict[str, tuple[Sequence[str], Sequence[dict[str, Any]]]],
+) -> None:
+    """Send final metrics (as summary keys) and result tables to the logger, then close it."""
+    if logger is None:
+        return
+    if isinstance(logger, WandbLogger):
+        import wandb
+
+        run = logger.experiment
+        run.summary.update(metrics)
+        for name, (columns, rows) in tables.items():
+            logger.log_table(
+                key=name, columns=list(columns), data=[[r.get(c) for c in columns] for r in rows]
+            )
+        run.finish()
+        wandb.finish()
+    else:
+        logger.log_metrics(metrics)
+        logger.finalize("success")
