@@ -9,6 +9,7 @@ decay) only change the training settings and use the plain softmax afterwards.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -20,12 +21,22 @@ from mia.outputs import Outputs
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class CalibrationData:
+    """A model's outputs that calibration methods may fit on (all computed once per run)."""
+
+    train: Outputs  # the model's training half (labels known), e.g. for a Laplace Hessian
+    calib: Outputs  # the held-out calibration split, disjoint from the attack sets
+    noise: Outputs | None = None  # uniform-noise inputs, when ``needs_noise`` is set
+
+
 class Calibration:
     """Softmax of the logits: the model's own scores (``calibration=none``)."""
 
     name: ClassVar[str] = "none"
     # Training settings this method changes (e.g. label smoothing); part of the model cache key.
-    training_overrides: ClassVar[tuple[str, ...]] = ()
+    # Whether ``fit`` wants the model's outputs on uniform-noise inputs (``CalibrationData.noise``).
+    needs_noise: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         if options:
@@ -35,7 +46,8 @@ class Calibration:
         """Overrides of the training settings (label smoothing, weight decay)."""
         return {}
 
-    def fit(self, net: Net, calib: Outputs) -> Calibration:
+    def fit(self, net: Net, data: CalibrationData) -> Calibration:
+        """Fit the method's parameters for one model (target or shadow)."""
         return self
 
     def probs(self, outputs: Outputs) -> torch.Tensor:
@@ -59,7 +71,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
         return loss
 
     optimizer.step(closure)
-    return float(log_t.exp())
+    return log_t.detach().exp().item()
 
 
 class TemperatureScaling(Calibration):
@@ -75,11 +87,14 @@ class TemperatureScaling(Calibration):
         self.fixed = temperature is not None
         self.temperature = 1.0 if temperature is None else float(temperature)
 
-    def fit(self, net: Net, calib: Outputs) -> TemperatureScaling:
+    def fit(self, net: Net, data: CalibrationData) -> TemperatureScaling:
         if not self.fixed:
-            if calib.labels is None or len(calib) == 0:
-                raise ValueError("temperature scaling needs a labelled calibration split")
-            self.temperature = fit_temperature(calib.logits, calib.labels)
+            if len(data.calib) == 0:
+                raise ValueError(
+                    "calibration=temp needs a calibration split: split.test_set_size must exceed "
+                    "split.attack_set_size (or set calibration.temperature)"
+                )
+            self.temperature = fit_temperature(data.calib.logits, data.calib.labels)
         return self
 
     def probs(self, outputs: Outputs) -> torch.Tensor:

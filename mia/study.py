@@ -22,10 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 from mia import sets
 from mia.architectures import Net
 from mia.attacks import make_attack
-from mia.calibration import Calibration, make_calibration
+from mia.calibration import Calibration, CalibrationData, make_calibration
 from mia.data import DataSource, load_source, normalize, to_float
 from mia.metrics import attack_metrics, model_metrics
 from mia.model_cache import ModelCache, cache_key, write_json_atomic
+from mia.nonmember import uniform_noise
 from mia.outputs import Outputs, forward
 from mia.results import (
     ATTACK_COLUMNS,
@@ -165,6 +166,19 @@ def target_nonmember_outputs(cfg, target: Model, source, splits, own, device):
     return results, skipped
 
 
+def fit_calibration(cfg, model: Model, own: dict[str, Outputs], source, device) -> Calibration:
+    """Fit the configured calibration method for one model on its own data."""
+    calibration = make_calibration(**cfg.calibration)
+    noise = None
+    if calibration.needs_noise:
+        shape = (cfg.split.attack_set_size, *source.image_shape)
+        generator = torch.Generator().manual_seed(cfg.seed + 7)
+        inputs = normalize(uniform_noise(shape[0], shape[1:], generator), source.mean, source.std)
+        noise = forward(model.net, inputs, None, cfg.eval_batch_size, device)
+    data = CalibrationData(train=own["train"], calib=own["calibration"], noise=noise)
+    return calibration.fit(model.net, data)
+
+
 def model_rows(role: str, calibration: Calibration, own: dict[str, Outputs]) -> list[dict]:
     """Accuracy and calibration metrics of one model, before and (if any) after calibration."""
     methods = [(Calibration(), False)]
@@ -234,11 +248,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     models = {r: obtain_model(cfg, r, source, splits, settings, logger) for r in ROLES}
     own = {r: role_outputs(models[r], source, splits, device, cfg.eval_batch_size) for r in ROLES}
-    fitted = {}
-    for role in ROLES:
-        fitted[role] = make_calibration(**cfg.calibration).fit(
-            models[role].net, own[role]["calibration"]
-        )
+    fitted = {r: fit_calibration(cfg, models[r], own[r], source, device) for r in ROLES}
     nonmember_outputs, skipped = target_nonmember_outputs(
         cfg, models["target"], source, splits, own["target"], device
     )
