@@ -1,7 +1,9 @@
-"""Score-based membership inference attacks.
+"""Membership inference attacks on prediction scores.
 
-An attack is fitted on the SHADOW model's probability vectors of its members and
-non-members and then applied to the TARGET model's probability vectors. It never learns
+An attack is fitted on the SHADOW model's outputs for its members and non-members and then
+applied to the TARGET model's outputs. Outputs are :class:`AttackInputs` (probabilities, plus
+labels and reference-model outputs for the attacks that need them); score-only attacks also take
+a plain (N, C) probability tensor. It never learns
 which non-member set it is later applied to. Usage mirrors laplace-torch's ``Laplace``::
 
     attack = make_attack("threshold").fit(shadow_member_probs, shadow_nonmember_probs)
@@ -20,6 +22,7 @@ import logging
 import math
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import ClassVar
 
 import pytorch_lightning as pl
@@ -33,6 +36,27 @@ from torch.utils.data import DataLoader, TensorDataset
 from mia import metrics
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class AttackInputs:
+    """What an attack may look at for N examples queried against one model."""
+
+    probs: Tensor  # (N, C) the attacked model's (calibrated) probabilities
+    labels: Tensor | None = None  # (N,) true labels, or the model's predictions where none exist
+    reference_probs: Tensor | None = None  # (M, N, C) probabilities of M reference models
+    reference_in: Tensor | None = None  # (M, N) bool: reference m was trained on example n
+    # population samples z: non-members of the attacked model queried against the SAME model,
+    # with their own reference_probs/reference_in (RMIA compares every example with them)
+    population: AttackInputs | None = None
+
+    def __len__(self) -> int:
+        return len(self.probs)
+
+
+def as_inputs(x: Tensor | AttackInputs) -> AttackInputs:
+    """Accept a bare (N, C) probability tensor wherever attack inputs are expected."""
+    return x if isinstance(x, AttackInputs) else AttackInputs(probs=x)
 
 
 class Attack:
@@ -60,13 +84,22 @@ class Attack:
         """Return the fitted parameters worth recording (e.g. the threshold)."""
         return {}
 
-    def _check_probs(self, probs: Tensor, what: str) -> None:
-        """Raise ValueError unless ``probs`` is a non-empty (N, C) floating tensor."""
+    def _check_probs(self, x: Tensor | AttackInputs, what: str) -> AttackInputs:
+        """Return ``x`` as inputs; raise ValueError unless its probs are non-empty (N, C) floats."""
+        x = as_inputs(x)
+        probs = x.probs
         if probs.ndim != 2 or probs.shape[0] == 0 or not probs.is_floating_point():
             raise ValueError(
                 f"attack {self.name!r}: {what} must be a non-empty (N, C) float tensor, "
                 f"got shape {tuple(probs.shape)} and dtype {probs.dtype}"
             )
+        return x
+
+    def _labels(self, x: AttackInputs, what: str) -> Tensor:
+        """The labels of ``x``; label-dependent attacks cannot run without them."""
+        if x.labels is None:
+            raise ValueError(f"attack {self.name!r} needs labels for {what}; none were given")
+        return x.labels
 
     def _check_fitted(self) -> None:
         """Raise RuntimeError when the attack is used before :meth:`fit`."""
@@ -86,8 +119,8 @@ class _ScoreThresholdAttack(Attack):
         super().__init__()
         self.threshold = math.nan
 
-    def _raw_score(self, probs: Tensor) -> Tensor:
-        """Return the (N,) score of each probability vector."""
+    def _raw_score(self, x: AttackInputs) -> Tensor:
+        """Return the (N,) score of each example."""
         raise NotImplementedError
 
     def _objective(self, fpr: Tensor, tpr: Tensor, n_pos: int, n_neg: int) -> Tensor:
@@ -96,10 +129,8 @@ class _ScoreThresholdAttack(Attack):
 
     def fit(self, member_probs: Tensor, nonmember_probs: Tensor) -> Attack:
         """Pick the shadow ROC threshold that maximises :meth:`_objective`."""
-        self._check_probs(member_probs, "member_probs")
-        self._check_probs(nonmember_probs, "nonmember_probs")
-        member_scores = self._raw_score(member_probs)
-        nonmember_scores = self._raw_score(nonmember_probs)
+        member_scores = self._raw_score(self._check_probs(member_probs, "member_probs"))
+        nonmember_scores = self._raw_score(self._check_probs(nonmember_probs, "nonmember_probs"))
         scores = torch.cat([member_scores, nonmember_scores])
         is_member = torch.cat(
             [
@@ -125,8 +156,7 @@ class _ScoreThresholdAttack(Attack):
 
     def score(self, probs: Tensor) -> Tensor:
         """Return the (N,) attack score of (N, C) probabilities; higher = member."""
-        self._check_probs(probs, "probs")
-        return self._raw_score(probs)
+        return self._raw_score(self._check_probs(probs, "probs"))
 
     def decide(self, scores: Tensor) -> Tensor:
         """Call a member iff ``score >= threshold``; shape (N,) bool."""
@@ -143,9 +173,9 @@ class ThresholdAttack(_ScoreThresholdAttack):
 
     name: ClassVar[str] = "threshold"
 
-    def _raw_score(self, probs: Tensor) -> Tensor:
+    def _raw_score(self, x: AttackInputs) -> Tensor:
         """Return the max prediction score, shape (N,)."""
-        return metrics.max_score(probs)
+        return metrics.max_score(x.probs)
 
     def _objective(self, fpr: Tensor, tpr: Tensor, n_pos: int, n_neg: int) -> Tensor:
         """Youden's J statistic."""
@@ -157,12 +187,51 @@ class EntropyAttack(_ScoreThresholdAttack):
 
     name: ClassVar[str] = "entropy"
 
-    def _raw_score(self, probs: Tensor) -> Tensor:
+    def _raw_score(self, x: AttackInputs) -> Tensor:
         """Return minus the prediction entropy (low entropy = member), shape (N,)."""
-        return -metrics.entropy(probs)
+        return -metrics.entropy(x.probs)
 
     def _objective(self, fpr: Tensor, tpr: Tensor, n_pos: int, n_neg: int) -> Tensor:
         """Accuracy at each ROC point, from the rates and the class counts."""
+        return (tpr * n_pos + (1 - fpr) * n_neg) / (n_pos + n_neg)
+
+
+class LossAttack(_ScoreThresholdAttack):
+    """Yeom et al.: threshold on the cross-entropy loss of the label (low loss = member).
+
+    The threshold maximises TPR - FPR on the shadow's ROC, like ``threshold``.
+    """
+
+    name: ClassVar[str] = "loss"
+
+    def _raw_score(self, x: AttackInputs) -> Tensor:
+        """Return log p_label = minus the loss, shape (N,)."""
+        probs = x.probs.double().clamp_min(metrics.NLL_EPS)
+        return probs.gather(1, self._labels(x, "loss").long()[:, None]).squeeze(1).log()
+
+    def _objective(self, fpr: Tensor, tpr: Tensor, n_pos: int, n_neg: int) -> Tensor:
+        return tpr - fpr
+
+
+class ModifiedEntropyAttack(_ScoreThresholdAttack):
+    """Song and Mittal: threshold on the modified prediction entropy using the label.
+
+    Mentr(p, y) = -(1 - p_y) log p_y - sum_{i != y} p_i log(1 - p_i); low = member. One global
+    threshold, maximising accuracy on the shadow sets.
+    """
+
+    name: ClassVar[str] = "modified_entropy"
+
+    def _raw_score(self, x: AttackInputs) -> Tensor:
+        """Return minus the modified entropy, shape (N,)."""
+        probs = x.probs.double()
+        eps = metrics.NLL_EPS
+        is_label = F.one_hot(self._labels(x, "modified_entropy").long(), probs.shape[1]).bool()
+        label_term = (1 - probs) * probs.clamp_min(eps).log()  # for i = y
+        other_term = probs * (1 - probs).clamp_min(eps).log()  # for i != y
+        return torch.where(is_label, label_term, other_term).sum(dim=1)
+
+    def _objective(self, fpr: Tensor, tpr: Tensor, n_pos: int, n_neg: int) -> Tensor:
         return (tpr * n_pos + (1 - fpr) * n_neg) / (n_pos + n_neg)
 
 
@@ -292,9 +361,9 @@ class SalemAttack(Attack):
         self.model: SalemMLP | None = None
         self.epochs_trained = 0
 
-    def _features(self, probs: Tensor, what: str) -> Tensor:
+    def _features(self, x: Tensor | AttackInputs, what: str) -> Tensor:
         """Validate (N, C) probabilities and return their (N, k) sorted top-k scores."""
-        self._check_probs(probs, what)
+        probs = self._check_probs(x, what).probs
         if probs.shape[1] < self.k:
             raise ValueError(
                 f"attack.k={self.k} exceeds the number of classes ({probs.shape[1]}) in {what}"
@@ -358,7 +427,7 @@ class SalemAttack(Attack):
         x = self._features(probs, "probs")  # (N, k)
         device = next(self.model.parameters()).device
         logits = self.model(x.to(device))  # (N,)
-        return torch.sigmoid(logits.double()).to(probs.device)
+        return torch.sigmoid(logits.double()).to(x.device)
 
     def decide(self, scores: Tensor) -> Tensor:
         """Call a member iff the MLP's member probability is >= 0.5; shape (N,) bool."""
@@ -374,7 +443,8 @@ class SalemAttack(Attack):
 
 
 ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (ThresholdAttack, EntropyAttack, SalemAttack)
+    cls.name: cls
+    for cls in (ThresholdAttack, EntropyAttack, SalemAttack, LossAttack, ModifiedEntropyAttack)
 }
 
 
@@ -394,3 +464,8 @@ def make_attack(name: str, **options: object) -> Attack:
             f"attack {name!r} got unknown option(s) {unknown}; accepted options: {accepted}"
         )
     return cls(**options)
+
+
+# LiRA and RMIA live in their own module, which adds them to ATTACKS; importing it last lets it
+# import this (by then complete) module without a cycle.
+from mia import reference_attacks  # noqa: E402, F401

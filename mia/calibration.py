@@ -150,3 +150,7 @@ def make_calibration(name: str, **options: Any) -> Calibration:
             f"calibration.name={name!r} is unknown; allowed: {', '.join(sorted(CALIBRATIONS))}"
         )
     return CALIBRATIONS[name](**options)
+
+
+# Last: mia.laplace subclasses Calibration and registers LastLayerLaplace ("laplace") above.
+import mia.laplace  # noqa: E402, F401

@@ -31,6 +31,7 @@ ATTACK_COLUMNS = (
     "calibration",
     "n_members",
     "n_nonmembers",
+    "label_source",
 )
 MODEL_COLUMNS = (
     "role",

@@ -1,16 +1,17 @@
 """Non-member set definitions: a name, how its inputs are built, and whether it has true labels.
 
 Every set is built from the target's non-member attack images (or from noise, or from another
-data source) and returned as model-ready inputs. ``original`` is not built here: its outputs are a
-slice of the target's test-half outputs, so the model never runs over those images twice.
-Adding a set is one builder function and one entry in ``BUILDERS``.
+data source) and returned as model-ready inputs plus display images. ``original`` is not built
+here: its outputs are a slice of the target's test-half outputs, so the model never runs over
+those images twice. Adding a set is one builder function and one entry in ``BUILDERS``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -20,14 +21,27 @@ from mia.nonmember import gaussian_noise, permute_pixels, uniform_noise
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class SetSpec:
+    """One non-member set of a run: its name, delta (scaled sets) and source (OOD sets)."""
+
+    name: str
+    delta: float | None = None
+    ood: dict[str, Any] | None = field(default=None, hash=False)
+
+    @property
+    def label(self) -> str:
+        """The set's label in results: ``scaled_255`` for scaled sets, else the name."""
+        return self.name if self.delta is None else f"{self.name}_{self.delta:g}"
+
+
 @dataclass
 class EvalSet:
     """Model-ready inputs of one non-member set."""
 
-    name: str
     inputs: torch.Tensor  # (N, C, H, W) float, what the model sees
     labels: torch.Tensor | None  # (N,) true labels in the target's label space, or None
-    delta: float | None = None
+    images: torch.Tensor  # (N, C, H, W) uint8, what a person would see
 
 
 @dataclass
@@ -37,8 +51,9 @@ class SetContext:
     source: DataSource
     raw_nonmembers: torch.Tensor  # (N, C, H, W) uint8, the target's non-member attack images
     nonmember_labels: torch.Tensor  # (N,)
-    deltas: list[float]
     seed: int
+    data_dir: str = "data"
+    download: bool = False
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return normalize(x, self.source.mean, self.source.std)
@@ -47,40 +62,54 @@ class SetContext:
         return torch.Generator().manual_seed(self.seed * 1000 + salt)
 
 
-def _permuted(ctx: SetContext) -> Iterator[EvalSet]:
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _permuted(ctx: SetContext, spec: SetSpec) -> EvalSet:
     images = permute_pixels(ctx.raw_nonmembers, ctx.generator(1))
-    yield EvalSet("permuted", ctx.normalize(to_float(images)), ctx.nonmember_labels)
+    return EvalSet(ctx.normalize(to_float(images)), ctx.nonmember_labels, images)
 
 
-def _scaled(ctx: SetContext) -> Iterator[EvalSet]:
-    normalized = ctx.normalize(to_float(ctx.raw_nonmembers))
-    for delta in ctx.deltas:
-        yield EvalSet("scaled", normalized * delta, ctx.nonmember_labels, delta=float(delta))
+def _scaled(ctx: SetContext, spec: SetSpec) -> EvalSet:
+    inputs = ctx.normalize(to_float(ctx.raw_nonmembers)) * spec.delta
+    return EvalSet(inputs, ctx.nonmember_labels, ctx.raw_nonmembers)
 
 
-def _unnormalized(ctx: SetContext) -> Iterator[EvalSet]:
+def _unnormalized(ctx: SetContext, spec: SetSpec) -> EvalSet:
     # Raw pixels in [0, 1] fed without the dataset's normalization.
-    yield EvalSet("unnormalized", to_float(ctx.raw_nonmembers), ctx.nonmember_labels)
+    return EvalSet(to_float(ctx.raw_nonmembers), ctx.nonmember_labels, ctx.raw_nonmembers)
 
 
-def _uniform_noise(ctx: SetContext) -> Iterator[EvalSet]:
+def _noise(ctx: SetContext, spec: SetSpec) -> EvalSet:
     shape = tuple(ctx.raw_nonmembers.shape)
-    noise = uniform_noise(shape[0], shape[1:], ctx.generator(2))
-    yield EvalSet("uniform_noise", ctx.normalize(noise), None)
+    if spec.name == "uniform_noise":
+        noise = uniform_noise(shape[0], shape[1:], ctx.generator(2))
+    else:
+        noise = gaussian_noise(shape[0], shape[1:], ctx.generator(3))
+    return EvalSet(ctx.normalize(noise), None, to_uint8(noise))
 
 
-def _gaussian_noise(ctx: SetContext) -> Iterator[EvalSet]:
-    shape = tuple(ctx.raw_nonmembers.shape)
-    noise = gaussian_noise(shape[0], shape[1:], ctx.generator(3))
-    yield EvalSet("gaussian_noise", ctx.normalize(noise), None)
+def _ood(ctx: SetContext, spec: SetSpec) -> EvalSet:
+    """A sample of another data set, shaped and normalized like the target's, without labels."""
+    options = {k: v for k, v in spec.ood.items() if k not in ("name", "label")}
+    other = load_source(spec.ood["name"], root=ctx.data_dir, download=ctx.download, **options)
+    pool = other.test.images if len(other.test.images) else other.train.images
+    size = len(ctx.raw_nonmembers)
+    if len(pool) < size:
+        log.warning("OOD set %s has only %d images; using all of them", spec.name, len(pool))
+    picked = torch.randperm(len(pool), generator=ctx.generator(4))[:size]
+    channels, height, width = ctx.source.image_shape
+    images = adapt_images(pool[picked], channels, (height, width))
+    return EvalSet(ctx.normalize(images), None, to_uint8(images))
 
 
-BUILDERS: dict[str, Callable[[SetContext], Iterator[EvalSet]]] = {
+BUILDERS: dict[str, Callable[[SetContext, SetSpec], EvalSet]] = {
     "permuted": _permuted,
     "scaled": _scaled,
     "unnormalized": _unnormalized,
-    "uniform_noise": _uniform_noise,
-    "gaussian_noise": _gaussian_noise,
+    "uniform_noise": _noise,
+    "gaussian_noise": _noise,
 }
 NAMES = ("original", *BUILDERS)
 
@@ -95,31 +124,19 @@ def check_names(names: list[str]) -> None:
             )
 
 
-def build_sets(ctx: SetContext, names: list[str]) -> list[EvalSet]:
-    """Inputs of the named synthetic sets (``original`` excluded, see the module docstring)."""
+def plan(names: list[str], deltas: list[float], ood: list[dict[str, Any]]) -> list[SetSpec]:
+    """The non-member sets of a run, in results order: named sets, then OOD sets."""
     check_names(names)
-    return [s for name in names if name != "original" for s in BUILDERS[name](ctx)]
+    specs = []
+    for name in names:
+        if name == "scaled":
+            specs += [SetSpec(name, float(delta)) for delta in deltas]
+        else:
+            specs.append(SetSpec(name))
+    specs += [SetSpec(o.get("label", o["name"]), ood=dict(o)) for o in ood]
+    return specs
 
 
-def build_ood_set(
-    spec: dict, ctx: SetContext, size: int, root: str, download: bool
-) -> tuple[EvalSet | None, str | None]:
-    """Sample ``size`` images of another data set, shaped and normalized like the target's.
-
-    Returns ``(set, None)`` or, when the data set cannot be had, ``(None, reason)``.
-    """
-    spec = dict(spec)
-    name = spec.pop("name")
-    label = spec.pop("label", name)
-    try:
-        other = load_source(name, root=root, download=download, **spec)
-    except (OSError, RuntimeError) as err:  # missing files, failed downloads
-        return None, f"{type(err).__name__}: {err}"
-    pool = other.test.images if len(other.test.images) else other.train.images
-    count = min(size, len(pool))
-    if count < size:
-        log.warning("OOD set %s has only %d images; using all of them", label, count)
-    picked = torch.randperm(len(pool), generator=ctx.generator(4))[:count]
-    channels, height, width = ctx.source.image_shape
-    images = adapt_images(pool[picked], channels, (height, width))
-    return EvalSet(label, ctx.normalize(images), None), None
+def build(ctx: SetContext, spec: SetSpec) -> EvalSet:
+    """Build the inputs of one set (not ``original``; see the module docstring)."""
+    return _ood(ctx, spec) if spec.ood is not None else BUILDERS[spec.name](ctx, spec)

@@ -1,58 +1,55 @@
 """The paper's study for one config: train or load, calibrate, compute outputs, attack, report.
 
 config -> data source -> splits -> target/shadow (trained or loaded from the model cache)
-       -> outputs on every set, once -> calibration -> probabilities
+       -> outputs on every set, once (and cached on disk) -> calibration -> probabilities
        -> attacks fitted on the shadow, applied to the target -> results rows -> files, W&B
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
-import pytorch_lightning as pl
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mia import sets
-from mia.architectures import Net
+from mia.attacking import run_attacks, shadow_inputs, target_inputs
 from mia.attacks import make_attack
 from mia.calibration import Calibration, CalibrationData, make_calibration
-from mia.data import DataSource, load_source, normalize, to_float
-from mia.metrics import attack_metrics, model_metrics
-from mia.model_cache import ModelCache, cache_key, write_json_atomic
+from mia.data import DataSource, load_source, normalize
+from mia.metrics import model_metrics
+from mia.model_cache import write_json_atomic
+from mia.models import (
+    ROLES,
+    Model,
+    TrainData,
+    model_inputs,
+    obtain_model,
+    reference_membership,
+    reference_pool,
+    role_data,
+    save_checkpoint,
+)
 from mia.nonmember import uniform_noise
-from mia.outputs import Outputs, forward
+from mia.outputs import Outputs, OutputStore, forward
 from mia.results import (
     ATTACK_COLUMNS,
     MODEL_COLUMNS,
     format_table,
-    set_label,
     write_csv,
     write_npz_atomic,
     write_text_atomic,
 )
 from mia.splits import Splits, make_splits
 from mia.tracking import flat_metrics, make_logger, report
-from mia.training import TrainSettings, fit
+from mia.training import TrainSettings
 
 log = logging.getLogger(__name__)
-ROLES = ("target", "shadow")
-
-
-@dataclasses.dataclass
-class Model:
-    """A trained network of one role and where it came from."""
-
-    role: str
-    net: Net
-    key: str
-    cached: bool
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,67 +61,75 @@ def resolve_device(name: str) -> torch.device:
 def check_config(cfg: DictConfig) -> None:
     """Fail at start-up, before any data is loaded or model trained, on bad values."""
     for delta in cfg.scaling.deltas:
-        if not delta > 0:
+        if not isinstance(delta, (int, float)) or not delta > 0:
             raise ValueError(f"scaling.deltas contains {delta!r}; every delta must be > 0")
     sets.check_names(list(cfg.nonmember_sets))
     for key in ("train_set_size", "test_set_size", "attack_set_size"):
         value = cfg.split[key]
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"split.{key}={value!r} is invalid: must be a positive integer")
+    if not cfg.attack:
+        raise ValueError("attack is empty: choose one of the attack configs (attack=all, ...)")
+    for name, options in cfg.attack.items():  # builds each attack once to validate its options
+        make_attack(name, **OmegaConf.to_container(options, resolve=True))
 
 
-def model_inputs(source: DataSource, pool: str, index) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalized inputs and labels of ``index`` into ``source``'s "train" or "test" pool."""
-    images = getattr(source, pool)
-    picked = torch.as_tensor(index)
-    return normalize(to_float(images.images[picked]), source.mean, source.std), images.labels[
-        picked
-    ]
+@dataclass
+class Study:
+    """The shared state of one run: data, splits, where outputs go, and what was computed."""
+
+    cfg: DictConfig
+    source: DataSource
+    splits: Splits
+    store: OutputStore
+    device: torch.device
+    built: dict[sets.SetSpec, sets.EvalSet] = field(default_factory=dict)
+
+    def outputs(self, model: Model, set_id: dict, make: Any) -> Outputs:
+        """``model`` over the inputs ``make()`` returns ((inputs, labels, images)), at most once."""
+
+        def compute() -> Outputs:
+            inputs, labels, images = make()
+            outputs = forward(model.net, inputs, labels, self.cfg.eval_batch_size, self.device)
+            outputs.images = images
+            return outputs
+
+        return self.store.get(model.key, set_id, compute)
+
+    def pool_images(self, pool: str, index) -> tuple[torch.Tensor, torch.Tensor, None]:
+        """Inputs and labels of ``index`` into the "train" or "test" pool (no display copy)."""
+        images = getattr(self.source, pool)
+        picked = torch.tensor(index)
+        return model_inputs(self.source, images.images[picked]), images.labels[picked], None
+
+    def nonmember_set(self, spec: sets.SetSpec) -> sets.EvalSet:
+        """The inputs of one non-member set, built once per run."""
+        if spec not in self.built:
+            index = torch.tensor(self.splits.nonmembers("target"))
+            ctx = sets.SetContext(
+                source=self.source,
+                raw_nonmembers=self.source.test.images[index],
+                nonmember_labels=self.source.test.labels[index],
+                seed=self.cfg.seed,
+                data_dir=self.cfg.paths.data_dir,
+                download=self.cfg.download,
+            )
+            self.built[spec] = sets.build(ctx, spec)
+        return self.built[spec]
+
+    def set_id(self, spec: sets.SetSpec) -> dict:
+        return {"set": spec.name, "delta": spec.delta, "ood": spec.ood, "seed": self.cfg.seed}
 
 
-def training_spec(cfg: DictConfig, role: str, settings: TrainSettings) -> dict[str, Any]:
-    """Everything that affects a model's trained weights: the model cache key is its hash."""
-    return {
-        "role": role,
-        "dataset": OmegaConf.to_container(cfg.dataset.source, resolve=True),
-        "split": OmegaConf.to_container(cfg.split, resolve=True),
-        "architecture": OmegaConf.to_container(cfg.architecture, resolve=True),
-        "train": dataclasses.asdict(settings),
-        "seed": cfg.seed,
-        "precision": str(cfg.trainer.get("precision", "32-true")),
-    }
-
-
-def obtain_model(cfg, role, source, splits, settings, logger) -> Model:
-    """Load the ``role`` model from the cache, or train it and store it there."""
-    channels, height, _ = source.image_shape
-    net = hydra.utils.instantiate(cfg.architecture)(channels, height, source.num_classes)
-    spec = training_spec(cfg, role, settings)
-    key, cache = cache_key(spec), ModelCache(cfg.paths.cache_dir)
-    expected = f"architecture {cfg.architecture._target_} with {source.num_classes} classes"
-    with cache.lock(key):
-        if cache.load(key, net, expected) is not None:
-            log.info("%s model loaded from the cache (%s); no training", role, cache.entry(key))
-            return Model(role, net, key, cached=True)
-        train = model_inputs(source, "train", getattr(splits, f"{role}_train"))
-        val = model_inputs(source, "test", getattr(splits, f"{role}_test"))
-        make_trainer = functools.partial(
-            pl.Trainer, logger=logger or False, enable_checkpointing=False, **cfg.trainer
-        )
-        seed = cfg.seed + ROLES.index(role)  # target and shadow start from different weights
-        start = time.perf_counter()
-        fit(net, role, source.num_classes, settings, train, val, make_trainer, seed)
-        meta = {"spec": spec, "train_seconds": time.perf_counter() - start}
-        cache.store(key, net, meta)
-        log.info("%s model trained and cached under %s", role, cache.entry(key))
-        return Model(role, net, key, cached=False)
-
-
-def role_outputs(model: Model, source, splits: Splits, device, batch_size) -> dict[str, Outputs]:
+def own_outputs(study: Study, model: Model) -> dict[str, Outputs]:
     """The model over its own train and test halves, once; attack sets are slices of these."""
-    run = functools.partial(forward, model.net, batch_size=batch_size, device=device)
-    train = run(*model_inputs(source, "train", getattr(splits, f"{model.role}_train")))
-    test = run(*model_inputs(source, "test", getattr(splits, f"{model.role}_test")))
+    role, splits = model.role, study.splits
+    train = study.outputs(
+        model, {"set": "train_half"}, lambda: study.pool_images("train", splits.train_half(role))
+    )
+    test = study.outputs(
+        model, {"set": "test_half"}, lambda: study.pool_images("test", splits.test_half(role))
+    )
     size = splits.attack_set_size
     return {
         "train": train,
@@ -134,106 +139,148 @@ def role_outputs(model: Model, source, splits: Splits, device, batch_size) -> di
     }
 
 
-def target_nonmember_outputs(cfg, target: Model, source, splits, own, device):
-    """Outputs of the target on every non-member set: ``[(EvalSet-like info, Outputs)]``."""
-    index = torch.as_tensor(splits.nonmembers("target"))
-    ctx = sets.SetContext(
-        source=source,
-        raw_nonmembers=source.test.images[index],
-        nonmember_labels=source.test.labels[index],
-        deltas=[float(d) for d in cfg.scaling.deltas],
-        seed=cfg.seed,
+def nonmember_outputs(study: Study, target: Model, own: dict[str, Outputs]):
+    """The target's outputs on every planned non-member set; unavailable OOD sets are skipped."""
+    cfg = study.cfg
+    specs = sets.plan(
+        list(cfg.nonmember_sets),
+        [float(d) for d in cfg.scaling.deltas],
+        [OmegaConf.to_container(o, resolve=True) for o in cfg.dataset.ood],
     )
-    built = sets.build_sets(ctx, list(cfg.nonmember_sets))
-    skipped: dict[str, str] = {}
-    for spec in cfg.dataset.ood:
-        spec = OmegaConf.to_container(spec, resolve=True)
-        ood, reason = sets.build_ood_set(
-            spec, ctx, splits.attack_set_size, cfg.paths.data_dir, cfg.download
-        )
-        if ood is None:
-            label = spec.get("label", spec["name"])
-            log.warning("non-member set %s skipped: %s", label, reason)
-            skipped[label] = reason
-        else:
-            built.append(ood)
-    results = []
-    if "original" in cfg.nonmember_sets:
-        results.append(("original", None, own["nonmembers"]))
-    for s in built:
-        outputs = forward(target.net, s.inputs, s.labels, cfg.eval_batch_size, device)
-        results.append((s.name, s.delta, outputs))
+    index = torch.tensor(study.splits.nonmembers("target"))
+    original = own["nonmembers"]
+    original.images = study.source.test.images[index]
+    results, skipped = [], {}
+    for spec in specs:
+        if spec.name == "original" and spec.ood is None:
+            results.append((spec, original))
+            continue
+        try:
+            outputs = study.outputs(
+                target, study.set_id(spec), functools.partial(_built, study, spec)
+            )
+        except (OSError, RuntimeError) as err:  # an OOD data set that cannot be had here
+            log.warning("non-member set %s skipped: %s", spec.label, err)
+            skipped[spec.label] = f"{type(err).__name__}: {err}"
+            continue
+        results.append((spec, outputs))
     return results, skipped
 
 
-def fit_calibration(cfg, model: Model, own: dict[str, Outputs], source, device) -> Calibration:
+def _built(study: Study, spec: sets.SetSpec):
+    built = study.nonmember_set(spec)
+    return built.inputs, built.labels, built.images
+
+
+def fit_calibration(study: Study, model: Model, data: CalibrationData) -> Calibration:
     """Fit the configured calibration method for one model on its own data."""
+    cfg, source = study.cfg, study.source
     calibration = make_calibration(**cfg.calibration)
-    noise = None
     if calibration.needs_noise:
-        shape = (cfg.split.attack_set_size, *source.image_shape)
-        generator = torch.Generator().manual_seed(cfg.seed + 7)
-        inputs = normalize(uniform_noise(shape[0], shape[1:], generator), source.mean, source.std)
-        noise = forward(model.net, inputs, None, cfg.eval_batch_size, device)
-    data = CalibrationData(train=own["train"], calib=own["calibration"], noise=noise)
+        size = cfg.split.attack_set_size
+
+        def noise():
+            generator = torch.Generator().manual_seed(cfg.seed + 7)
+            images = uniform_noise(size, source.image_shape, generator)
+            return normalize(images, source.mean, source.std), None, None
+
+        data.noise = study.outputs(model, {"set": "calibration_noise", "seed": cfg.seed}, noise)
     return calibration.fit(model.net, data)
 
 
-def model_rows(role: str, calibration: Calibration, own: dict[str, Outputs]) -> list[dict]:
-    """Accuracy and calibration metrics of one model, before and (if any) after calibration."""
-    methods = [(Calibration(), False)]
+def train_models(study: Study, settings: TrainSettings, logger, allow_training: bool):
+    """Target and shadow: loaded from the cache or trained, and linked into the run directory."""
+    cfg = study.cfg
+    models = {}
+    for role in ROLES:
+        data = role_data(study.source, study.splits, role)
+        models[role] = obtain_model(cfg, role, study.source, data, settings, logger, allow_training)
+        save_checkpoint(models[role], cfg.paths.cache_dir, Path(cfg.paths.output_dir))
+    return models
+
+
+def reference_count(cfg: DictConfig) -> int:
+    """How many reference models the configured attacks need (0 for score-only attacks)."""
+    return max([int(o.get("num_shadow_models", 0)) for o in cfg.attack.values()] + [0])
+
+
+@dataclass
+class Reference:
+    """A reference model: trained on ``members`` (bool over the reference pool)."""
+
+    model: Model
+    members: np.ndarray  # (pool size,) bool
+    calibration: Calibration
+    pool: Outputs  # its outputs on the whole reference pool
+
+
+def train_references(study: Study, settings, allow_training: bool) -> list[Reference]:
+    """Reference models on random halves of the attacker's pool (the shadow's data)."""
+    count = reference_count(study.cfg)
+    if count == 0:
+        return []
+    images, labels = reference_pool(study.source, study.splits)
+    masks = reference_membership(len(labels), count, study.cfg.seed)
+    whole_pool = lambda: (model_inputs(study.source, images), labels, None)  # noqa: E731
+    references = []
+    for m, mask in enumerate(masks):
+        member_index = torch.as_tensor(np.flatnonzero(mask))
+        data = TrainData(images[member_index], labels[member_index])
+        model = obtain_model(
+            study.cfg, f"reference{m}", study.source, data, settings, None, allow_training
+        )
+        pool = study.outputs(model, {"set": "reference_pool"}, whole_pool)
+        out_index = torch.as_tensor(np.flatnonzero(~mask))[: study.splits.attack_set_size]
+        data = CalibrationData(pool.subset(member_index), pool.subset(out_index))
+        references.append(Reference(model, mask, fit_calibration(study, model, data), pool))
+    return references
+
+
+def model_rows(role: str, calibration: Calibration, own: dict[str, Outputs]):
+    """Accuracy and calibration metrics of one model, before and (if any) after calibration.
+
+    Returns the rows and the reliability data (confidence and correctness on the test samples).
+    """
+    methods = [(Calibration(), calibration.name == "none")]
     if calibration.name != "none":
         methods.append((calibration, True))
-    rows = []
+    rows, reliability = [], {}
     for method, calibrated in methods:
+        test_probs = method.probs(own["nonmembers"])
         train = model_metrics(method.probs(own["train"]), own["train"].labels)
-        test = model_metrics(method.probs(own["nonmembers"]), own["nonmembers"].labels)
-        row = {
-            "role": role,
-            "calibration": method.name,
-            "calibrated": calibrated or len(methods) == 1,
-        }
+        test = model_metrics(test_probs, own["nonmembers"].labels)
+        row = {"role": role, "calibration": method.name, "calibrated": calibrated}
         row |= {"train_acc": train["accuracy"], "test_acc": test["accuracy"]}
-        row |= {k: v for k, v in test.items() if k != "accuracy"}
-        rows.append(row)
-    return rows
+        rows.append(row | {k: v for k, v in test.items() if k != "accuracy"})
+        confidence, predicted = test_probs.max(dim=1)
+        prefix = f"reliability__{role}__{method.name}"
+        reliability[f"{prefix}__confidence"] = confidence
+        reliability[f"{prefix}__correct"] = predicted == own["nonmembers"].labels
+    return rows, reliability
 
 
-def attack_rows(cfg, shadow_probs, target_member_probs, nonmember_probs, calibration):
-    """Fit each attack on the shadow, evaluate it on the target's members vs each non-member set.
-
-    Returns the results rows, each attack's fitted parameters and the per-sample scores
-    (``<attack>__members``, ``<attack>__<set label>``).
-    """
-    rows, params, scores_by_set = [], {}, {}
-    for name, options in cfg.attack.items():
-        attack = make_attack(name, **OmegaConf.to_container(options, resolve=True))
-        attack.fit(shadow_probs["members"], shadow_probs["nonmembers"])
-        member_scores = attack.score(target_member_probs)
-        member_calls = attack.decide(member_scores)
-        scores_by_set[f"{name}__members"] = member_scores
-        for set_name, delta, probs in nonmember_probs:
-            scores = attack.score(probs)
-            scores_by_set[f"{name}__{set_label({'nonmember_set': set_name, 'delta': delta})}"] = (
-                scores
-            )
-            metrics = attack_metrics(
-                member_scores, scores, member_calls, attack.decide(scores),
-                target_member_probs, probs,
-            )  # fmt: skip
-            row = {"attack": name, "nonmember_set": set_name, "delta": delta, **metrics}
-            row |= {"calibration": calibration.name, "n_members": len(member_scores)}
-            rows.append(row | {"n_nonmembers": len(scores)})
-        params[name] = attack.params()
-        log.info("attack %s fitted on the shadow: %s", name, params[name])
-    return rows, params, scores_by_set
+def confident_false_positives(
+    attack: str, threshold: float, scores: dict, target_sets, top: int = 16
+) -> dict[str, torch.Tensor]:
+    """The most confident false positives of ``attack`` per set (the paper's Figure 1)."""
+    found = {}
+    for target_set in target_sets:
+        label = target_set.spec.label
+        if target_set.images is None:
+            continue
+        set_scores = scores[f"{attack}__{label}"]
+        max_scores = target_set.inputs.probs.max(dim=1).values
+        called = torch.nonzero(set_scores >= threshold).squeeze(1)
+        order = called[torch.argsort(max_scores[called], descending=True)][:top]
+        found[label] = target_set.images[order].float() / 255
+        found[f"{label}__score"] = max_scores[order]
+    return found
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run the whole study for ``cfg``; returns the summary that is also written to disk."""
+def prepare(cfg: DictConfig) -> tuple[Study, Calibration, TrainSettings]:
+    """Validate the config, load the data and draw (and save) the splits."""
     check_config(cfg)
     out = Path(cfg.paths.output_dir)
-    results_dir = out / "results"
     calibration = make_calibration(**cfg.calibration)
     settings = TrainSettings(**(OmegaConf.to_container(cfg.train) | calibration.train_settings()))
     source = load_source(**cfg.dataset.source, root=cfg.paths.data_dir, download=cfg.download)
@@ -243,46 +290,65 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )  # fmt: skip
     splits.save(out / "splits.npz")
     write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    cache = Path(cfg.paths.cache_dir) / "outputs" if cfg.cache_outputs else None
+    store = OutputStore(cache)
+    return Study(cfg, source, splits, store, resolve_device(cfg.device)), calibration, settings
+
+
+def run(cfg: DictConfig, allow_training: bool = True) -> dict[str, Any]:
+    """Run the whole study for ``cfg``; returns the summary that is also written to disk."""
+    study, calibration, settings = prepare(cfg)
     logger = make_logger(cfg)
-    device = resolve_device(cfg.device)
-
-    models = {r: obtain_model(cfg, r, source, splits, settings, logger) for r in ROLES}
-    own = {r: role_outputs(models[r], source, splits, device, cfg.eval_batch_size) for r in ROLES}
-    fitted = {r: fit_calibration(cfg, models[r], own[r], source, device) for r in ROLES}
-    nonmember_outputs, skipped = target_nonmember_outputs(
-        cfg, models["target"], source, splits, own["target"], device
+    models = train_models(study, settings, logger, allow_training)
+    own = {r: own_outputs(study, models[r]) for r in ROLES}
+    fitted = {
+        r: fit_calibration(
+            study, models[r], CalibrationData(own[r]["train"], own[r]["calibration"])
+        )
+        for r in ROLES
+    }
+    nonmembers, skipped = nonmember_outputs(study, models["target"], own["target"])
+    references = train_references(study, settings, allow_training)
+    shadow = shadow_inputs(study, fitted["shadow"], own["shadow"], references)
+    members, target_sets = target_inputs(
+        study, fitted["target"], own["target"], nonmembers, references
     )
-
-    shadow_probs = {k: fitted["shadow"].probs(own["shadow"][k]) for k in ("members", "nonmembers")}
-    target_member_probs = fitted["target"].probs(own["target"]["members"])
-    nonmember_probs = [(n, d, fitted["target"].probs(o)) for n, d, o in nonmember_outputs]
-    attacks, attack_params, scores = attack_rows(
-        cfg, shadow_probs, target_member_probs, nonmember_probs, calibration
-    )
-    models_table = [row for r in ROLES for row in model_rows(r, fitted[r], own[r])]
-
-    write_csv(results_dir / "attacks.csv", attacks, ATTACK_COLUMNS)
-    scores["max_score__members"] = target_member_probs.max(dim=-1).values
-    for name, delta, probs in nonmember_probs:
-        label = set_label({"nonmember_set": name, "delta": delta})
-        scores[f"max_score__{label}"] = probs.max(dim=-1).values
-    write_npz_atomic(results_dir / "scores.npz", scores)
-    write_csv(results_dir / "models.csv", models_table, MODEL_COLUMNS)
-    metrics = flat_metrics(attacks, models_table)
-    summary = {
-        "metrics": metrics,
+    rows, attack_params, scores = run_attacks(cfg, shadow, members, target_sets, calibration.name)
+    scores["max_score__members"] = members.probs.max(dim=1).values
+    models_table, reliability = [], {}
+    for role in ROLES:
+        role_rows, role_reliability = model_rows(role, fitted[role], own[role])
+        models_table += role_rows
+        reliability |= role_reliability
+    record = {
         "models": {r: {"key": m.key, "cached": m.cached} for r, m in models.items()},
+        "reference_models": len(references),
         "calibration": {"name": calibration.name, **{r: fitted[r].params() for r in ROLES}},
         "attacks": attack_params,
         "skipped_sets": skipped,
-        "attack_rows": len(attacks),
+        "forward_passes": {"computed": study.store.computed, "loaded": study.store.loaded},
     }
+    scores |= reliability
+    return write_results(study, logger, rows, models_table, scores, target_sets, record)
+
+
+def write_results(study: Study, logger, rows, models_table, scores, target_sets, record) -> dict:
+    """Write every results file (atomically), report to the logger, return the summary."""
+    results_dir = Path(study.cfg.paths.output_dir) / "results"
+    write_csv(results_dir / "attacks.csv", rows, ATTACK_COLUMNS)
+    write_csv(results_dir / "models.csv", models_table, MODEL_COLUMNS)
+    for target_set in target_sets:
+        scores[f"max_score__{target_set.spec.label}"] = target_set.inputs.probs.max(dim=1).values
+    write_npz_atomic(results_dir / "scores.npz", scores)
+    attack = "threshold" if "threshold" in record["attacks"] else next(iter(record["attacks"]))
+    threshold = record["attacks"][attack].get("threshold", float("nan"))
+    images = confident_false_positives(attack, threshold, scores, target_sets)
+    write_npz_atomic(results_dir / "fp_images.npz", images)
+    metrics = flat_metrics(rows, models_table)
+    summary = {"metrics": metrics, **record, "attack_rows": len(rows), "status": "complete"}
     write_json_atomic(results_dir / "summary.json", summary)
-    report(
-        logger,
-        metrics,
-        {"attacks": (ATTACK_COLUMNS, attacks), "models": (MODEL_COLUMNS, models_table)},
-    )
-    summary["table"] = format_table(attacks, ATTACK_COLUMNS[:16])
+    tables = {"attacks": (ATTACK_COLUMNS, rows), "models": (MODEL_COLUMNS, models_table)}
+    report(logger, metrics, tables)
+    summary["table"] = format_table(rows, ATTACK_COLUMNS[:16])
     summary["models_table"] = format_table(models_table, MODEL_COLUMNS)
     return summary

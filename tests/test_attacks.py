@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from mia import metrics
-from mia.attacks import ATTACKS, EntropyAttack, SalemAttack, ThresholdAttack, make_attack
+from mia.attacks import (
+    ATTACKS,
+    AttackInputs,
+    EntropyAttack,
+    SalemAttack,
+    ThresholdAttack,
+    make_attack,
+)
 
 
 def _probs_with_max(max_scores: torch.Tensor, num_classes: int = 5) -> torch.Tensor:
@@ -146,9 +155,47 @@ def test_salem_rejects_bad_options(options, match):
 
 
 def test_make_attack_registry():
-    assert set(ATTACKS) == {"threshold", "entropy", "salem"}
+    assert {"threshold", "entropy", "salem", "loss", "modified_entropy"} <= set(ATTACKS)
     assert isinstance(make_attack("salem", k=2), SalemAttack)
-    with pytest.raises(ValueError, match=r"attack='nope'.*\['entropy', 'salem', 'threshold'\]"):
+    with pytest.raises(ValueError, match=r"attack='nope'.*'entropy'.*'salem'.*'threshold'"):
         make_attack("nope")
     with pytest.raises(ValueError, match="unknown option"):
         make_attack("threshold", lr=0.1)
+
+
+def test_loss_attack_scores_are_minus_the_cross_entropy():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]])
+    labels = torch.tensor([0, 1, 2])
+    attack = make_attack("loss")
+    scores = attack.score(AttackInputs(probs, labels))
+    expected = -torch.nn.functional.nll_loss(probs.log(), labels, reduction="none")
+    torch.testing.assert_close(scores.float(), expected)
+    with pytest.raises(ValueError, match="needs labels"):
+        attack.score(probs)
+
+
+def test_modified_entropy_matches_hand_computation():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.25, 0.5, 0.25]])
+    labels = torch.tensor([0, 2])
+    scores = make_attack("modified_entropy").score(AttackInputs(probs, labels))
+
+    def mentr(p, y):
+        total = -(1 - p[y]) * math.log(p[y])
+        return total - sum(p[i] * math.log(1 - p[i]) for i in range(len(p)) if i != y)
+
+    expected = [-mentr(probs[0].tolist(), 0), -mentr(probs[1].tolist(), 2)]
+    assert scores.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_label_attacks_fit_a_threshold_that_separates_confident_members():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (200,), generator=gen)
+    member = torch.full((200, 4), 0.02).scatter(1, labels[:, None], 0.94)
+    nonmember = torch.softmax(torch.randn(200, 4, generator=gen), dim=1)
+    for name in ("loss", "modified_entropy"):
+        attack = make_attack(name).fit(
+            AttackInputs(member, labels), AttackInputs(nonmember, labels)
+        )
+        calls_m = attack.decide(attack.score(AttackInputs(member, labels)))
+        calls_n = attack.decide(attack.score(AttackInputs(nonmember, labels)))
+        assert calls_m.float().mean() > 0.95 and calls_n.float().mean() < 0.05, name
