@@ -5,14 +5,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from mia.cli import print_summary, quiet_libraries
+from mia.cli import guarded, quiet_libraries
 from mia.study import run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     quiet_libraries()
-    return print_summary(run(cfg))
+    return guarded(run, cfg)
 
 
 if __name__ == "__main__":

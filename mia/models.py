@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -79,6 +80,13 @@ def training_spec(cfg: DictConfig, role: str, settings: TrainSettings) -> dict[s
     }
 
 
+def is_worker_rank() -> bool:
+    """True in the non-zero ranks of a multi-process (DDP) run: they only help train."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) != 0
+
+
 def build_net(cfg: DictConfig, source: DataSource) -> Net:
     channels, height, _ = source.image_shape
     return hydra.utils.instantiate(cfg.architecture)(channels, height, source.num_classes)
@@ -102,7 +110,9 @@ def obtain_model(
     spec = training_spec(cfg, role, settings)
     key, cache = cache_key(spec), ModelCache(cfg.paths.cache_dir)
     expected = f"architecture {cfg.architecture._target_} with {source.num_classes} classes"
-    with cache.lock(key):
+    # DDP workers join rank zero's training; only rank zero locks and writes the cache entry.
+    worker = is_worker_rank()
+    with contextlib.nullcontext() if worker else cache.lock(key):
         if cache.load(key, net, expected) is not None:
             log.info("%s model loaded from the cache (%s); no training", role, cache.entry(key))
             return Model(role, net, key, cached=True)
@@ -125,7 +135,8 @@ def obtain_model(
         seed = cfg.seed + (ROLES.index(role) if role in ROLES else 100 + hash_role(role))
         start = time.perf_counter()
         fit(net, role, source.num_classes, settings, train, val, make_trainer, seed)
-        cache.store(key, net, {"spec": spec, "train_seconds": time.perf_counter() - start})
+        if not worker:
+            cache.store(key, net, {"spec": spec, "train_seconds": time.perf_counter() - start})
         log.info("%s model trained and cached under %s", role, cache.entry(key))
         return Model(role, net, key, cached=False)
 

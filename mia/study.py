@@ -28,6 +28,7 @@ from mia.models import (
     ROLES,
     Model,
     TrainData,
+    is_worker_rank,
     model_inputs,
     obtain_model,
     reference_membership,
@@ -195,7 +196,8 @@ def train_models(study: Study, settings: TrainSettings, logger, allow_training: 
     for role in ROLES:
         data = role_data(study.source, study.splits, role)
         models[role] = obtain_model(cfg, role, study.source, data, settings, logger, allow_training)
-        save_checkpoint(models[role], cfg.paths.cache_dir, Path(cfg.paths.output_dir))
+        if not is_worker_rank():
+            save_checkpoint(models[role], cfg.paths.cache_dir, Path(cfg.paths.output_dir))
     return models
 
 
@@ -214,22 +216,32 @@ class Reference:
     pool: Outputs  # its outputs on the whole reference pool
 
 
-def train_references(study: Study, settings, allow_training: bool) -> list[Reference]:
-    """Reference models on random halves of the attacker's pool (the shadow's data)."""
+def train_references(study: Study, settings: TrainSettings) -> list[tuple[Model, np.ndarray]]:
+    """Reference models on random halves of the attacker's pool (the shadow's data).
+
+    They belong to the attack (LiRA, RMIA), so attack.py may train those not yet cached.
+    """
     count = reference_count(study.cfg)
     if count == 0:
         return []
     images, labels = reference_pool(study.source, study.splits)
-    masks = reference_membership(len(labels), count, study.cfg.seed)
-    whole_pool = lambda: (model_inputs(study.source, images), labels, None)  # noqa: E731
-    references = []
-    for m, mask in enumerate(masks):
+    trained = []
+    for m, mask in enumerate(reference_membership(len(labels), count, study.cfg.seed)):
         member_index = torch.as_tensor(np.flatnonzero(mask))
         data = TrainData(images[member_index], labels[member_index])
-        model = obtain_model(
-            study.cfg, f"reference{m}", study.source, data, settings, None, allow_training
-        )
+        model = obtain_model(study.cfg, f"reference{m}", study.source, data, settings)
+        trained.append((model, mask))
+    return trained
+
+
+def calibrate_references(study: Study, trained: list[tuple[Model, np.ndarray]]) -> list[Reference]:
+    """Each reference's outputs on the whole pool (once) and its own fitted calibration."""
+    images, labels = reference_pool(study.source, study.splits)
+    whole_pool = lambda: (model_inputs(study.source, images), labels, None)  # noqa: E731
+    references = []
+    for model, mask in trained:
         pool = study.outputs(model, {"set": "reference_pool"}, whole_pool)
+        member_index = torch.as_tensor(np.flatnonzero(mask))
         out_index = torch.as_tensor(np.flatnonzero(~mask))[: study.splits.attack_set_size]
         data = CalibrationData(pool.subset(member_index), pool.subset(out_index))
         references.append(Reference(model, mask, fit_calibration(study, model, data), pool))
@@ -300,6 +312,9 @@ def run(cfg: DictConfig, allow_training: bool = True) -> dict[str, Any]:
     study, calibration, settings = prepare(cfg)
     logger = make_logger(cfg)
     models = train_models(study, settings, logger, allow_training)
+    trained_references = train_references(study, settings)
+    if is_worker_rank():  # a DDP worker has helped train; rank zero attacks and reports
+        return {}
     own = {r: own_outputs(study, models[r]) for r in ROLES}
     fitted = {
         r: fit_calibration(
@@ -308,7 +323,7 @@ def run(cfg: DictConfig, allow_training: bool = True) -> dict[str, Any]:
         for r in ROLES
     }
     nonmembers, skipped = nonmember_outputs(study, models["target"], own["target"])
-    references = train_references(study, settings, allow_training)
+    references = calibrate_references(study, trained_references)
     shadow = shadow_inputs(study, fitted["shadow"], own["shadow"], references)
     members, target_sets = target_inputs(
         study, fitted["target"], own["target"], nonmembers, references

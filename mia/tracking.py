@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -14,11 +15,30 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 log = logging.getLogger(__name__)
 
 
+def sweep_names() -> dict[str, str]:
+    """In a Hydra multirun: the W&B group (the sweep) and run name (the job's overrides)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return {}
+    hydra_cfg = HydraConfig.get()
+    sweep = Path(hydra_cfg.sweep.dir)
+    name = hydra_cfg.job.override_dirname or f"job{hydra_cfg.job.num}"
+    return {"group": f"{hydra_cfg.job.name}-{sweep.name}", "name": name}
+
+
 def make_logger(cfg: DictConfig) -> Logger | None:
-    """Instantiate ``cfg.logger`` (``logger=none`` gives no logger) and record the config."""
+    """Instantiate ``cfg.logger`` (``logger=none`` gives no logger) and record the config.
+
+    W&B runs of one sweep share a group named after the sweep, so the dashboard can compare them.
+    """
     if not cfg.get("logger"):
         return None
-    logger = hydra.utils.instantiate(cfg.logger)
+    overrides = {}
+    if "WandbLogger" in str(cfg.logger.get("_target_", "")):
+        overrides = {k: v for k, v in sweep_names().items() if cfg.logger.get(k) is None}
+    logger = hydra.utils.instantiate(cfg.logger, **overrides)
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return logger
 
