@@ -22,7 +22,7 @@ from mia.architectures import Net
 from mia.data import DataSource, normalize, to_float
 from mia.model_cache import ModelCache, cache_key, load_weights
 from mia.splits import Splits
-from mia.training import TrainSettings, fit
+from mia.training import Speed, TrainSettings, fit
 
 log = logging.getLogger(__name__)
 ROLES = ("target", "shadow")
@@ -106,6 +106,9 @@ def obtain_model(
 
     With ``allow_training=False`` a model found in neither place is a ``NotTrainedError``.
     """
+    # Initial weights depend on (seed, role) only: seed before building the network.
+    seed = cfg.seed + (ROLES.index(role) if role in ROLES else 100 + hash_role(role))
+    pl.seed_everything(seed, verbose=False)
     net = build_net(cfg, source)
     spec = training_spec(cfg, role, settings)
     key, cache = cache_key(spec), ModelCache(cfg.paths.cache_dir)
@@ -129,14 +132,15 @@ def obtain_model(
         val = None
         if data.val_images is not None:
             val = (model_inputs(source, data.val_images), data.val_labels)
-        make_trainer = functools.partial(
-            pl.Trainer, logger=logger or False, enable_checkpointing=False, **cfg.trainer
-        )
-        seed = cfg.seed + (ROLES.index(role) if role in ROLES else 100 + hash_role(role))
+        make_trainer = functools.partial(pl.Trainer, logger=logger or False, **cfg.trainer)
+        speed = Speed(**cfg.get("speed", {}))
+        resume_dir = cache.root / ".partial" / key
         start = time.perf_counter()
-        fit(net, role, source.num_classes, settings, train, val, make_trainer, seed)
+        fit(net, role, source.num_classes, settings, train, val, make_trainer, seed,
+            resume_dir=resume_dir, speed=speed)  # fmt: skip
         if not worker:
             cache.store(key, net, {"spec": spec, "train_seconds": time.perf_counter() - start})
+            shutil.rmtree(resume_dir, ignore_errors=True)
         log.info("%s model trained and cached under %s", role, cache.entry(key))
         return Model(role, net, key, cached=False)
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
 log = logging.getLogger(__name__)
@@ -79,11 +83,94 @@ class Classifier(pl.LightningModule):
         )
 
 
-def loader(inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int):
-    """An in-memory loader; the data sets are small enough to live in (device) memory."""
-    generator = torch.Generator().manual_seed(seed)
+class EpochBatches(Sampler[list[int]]):
+    """Shuffled index batches whose order depends on (seed, epoch) only.
+
+    Lightning calls ``set_epoch`` before each epoch, so a run resumed from a checkpoint sees the
+    same batches as an uninterrupted one.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, shuffle: bool = True) -> None:
+        self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.arange(self.size)
+        yield from (batch.tolist() for batch in order.split(self.batch_size))
+
+    def __len__(self) -> int:
+        return -(-self.size // self.batch_size)
+
+
+class ResumePoint(pl.Callback):
+    """Save ``last.ckpt`` (weights, optimizer, loop state) at the end of every training epoch."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written to a temporary file and renamed: never half-written."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
+
+
+def loader(
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    seed: int | None = None,
+    batched: bool = True,
+) -> DataLoader:
+    """An in-memory loader, shuffled per epoch when a seed is given.
+
+    ``batched`` indexes a whole batch at once (one gather instead of per-sample collation, which
+    matters for data kept on a GPU); distributed runs use the per-sample form, which Lightning
+    re-shards with its (epoch-seeded) distributed sampler.
+    """
     dataset = TensorDataset(inputs, labels)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+    if not batched:
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        return DataLoader(dataset, batch_size, shuffle=seed is not None, generator=generator)
+    batches = EpochBatches(len(dataset), batch_size, seed or 0, shuffle=seed is not None)
+    return DataLoader(dataset, sampler=batches, batch_size=None)
+
+
+def place(
+    data: tuple[torch.Tensor, torch.Tensor], trainer: pl.Trainer, speed: Speed
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channels-last inputs and, on a single GPU where the data fit, data kept on the device."""
+    inputs, labels = data
+    if speed.channels_last and inputs.ndim == 4:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    device = trainer.strategy.root_device
+    if speed.data_on_device and device.type == "cuda" and trainer.world_size == 1:
+        free, _ = torch.cuda.mem_get_info(device)
+        if inputs.element_size() * inputs.nelement() < free // 4:
+            inputs, labels = inputs.to(device), labels.to(device)
+    return inputs, labels
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Settings that change speed, not results (not part of the model cache key)."""
+
+    channels_last: bool = False
+    data_on_device: bool = True
 
 
 def fit(
@@ -95,17 +182,38 @@ def fit(
     val_data: tuple[torch.Tensor, torch.Tensor] | None,
     make_trainer: Callable[..., pl.Trainer],
     seed: int,
+    resume_dir: Path | None = None,
+    speed: Speed = Speed(),
 ) -> nn.Module:
-    """Train ``net`` in place with Lightning and return it (moved back to the CPU)."""
+    """Train ``net`` in place with Lightning and return it (moved back to the CPU).
+
+    With ``resume_dir``, a checkpoint is written there after every epoch and training resumes
+    from it when a previous attempt was killed.
+    """
     pl.seed_everything(seed, workers=True, verbose=False)
+    if speed.channels_last:
+        net = net.to(memory_format=torch.channels_last)
     module = Classifier(net, role, num_classes, settings)
-    trainer = make_trainer(max_epochs=settings.epochs)
-    train_loader = loader(*train_data, settings.batch_size, shuffle=True, seed=seed)
+    callbacks: list[pl.Callback] = []
+    if resume_dir is not None:
+        callbacks.append(ResumePoint(resume_dir / "last.ckpt"))
+    trainer = make_trainer(
+        max_epochs=settings.epochs, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+        enable_checkpointing=False,
+    )  # fmt: skip
+    batched = trainer.world_size == 1
+    train = place(train_data, trainer, speed)
+    train_loader = loader(*train, settings.batch_size, seed, batched)
     val_loader = None
     if val_data is not None:
-        val_loader = loader(*val_data, max(settings.batch_size, 256), shuffle=False, seed=seed)
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
-    log.info(
-        "%s trained: %s", role, {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()}
-    )
-    return net.cpu()
+        val = place(val_data, trainer, speed)
+        val_loader = loader(*val, max(settings.batch_size, 256), None, batched)
+    last = None if resume_dir is None else resume_dir / "last.ckpt"
+    if last is not None and last.is_file():
+        log.info("%s: resuming training from %s", role, last)
+    else:
+        last = None
+    trainer.fit(module, train_loader, val_loader, ckpt_path=last, weights_only=True)
+    metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()}
+    log.info("%s trained: %s", role, metrics)
+    return net.cpu().to(memory_format=torch.contiguous_format)
