@@ -236,7 +236,7 @@ def _torchvision_call(factory: Callable[[], object], name: str, root: Path) -> o
         if "not found" not in str(err).lower():
             raise
         raise FileNotFoundError(
-            f"{name} not found under dataset.root={str(root)!r}. Set dataset.download=true on a "
+            f"{name} not found under paths.data_dir={str(root)!r}. Set download=true on a "
             "machine with internet access, or place torchvision's files there."
         ) from err
 
@@ -292,9 +292,9 @@ def fashion_mnist(
             torchvision.datasets.FashionMNIST(root, train=train, download=True)
         return _fashion_from_root(root)
     raise FileNotFoundError(
-        f"Fashion-MNIST not found. Tried {str(raw_dir)!r} (torchvision files under dataset.root) "
+        f"Fashion-MNIST not found. Tried {str(raw_dir)!r} (torchvision files under paths.data_dir) "
         f"and {str(system_dir)!r} (Debian package). Install it with "
-        "`apt-get install dataset-fashion-mnist`, or set dataset.download=true on a machine "
+        "`apt-get install dataset-fashion-mnist`, or set download=true on a machine "
         "with internet access."
     )
 
@@ -423,7 +423,7 @@ def imagefolder(
     images, labels, classes = _read_imagefolder(root, image_size, channels)
     if len(classes) < 2:
         raise ValueError(
-            f"dataset.root={str(root)!r} has a single class folder {classes!r}; "
+            f"dataset.source.root={str(root)!r} has a single class folder {classes!r}; "
             "need at least two class subfolders"
         )
     try:
@@ -432,7 +432,7 @@ def imagefolder(
         )
     except ValueError as err:
         raise ValueError(
-            f"cannot split dataset.root={str(root)!r} ({len(labels)} images, {len(classes)} "
+            f"cannot split dataset.source.root={str(root)!r} ({len(labels)} images, {len(classes)} "
             f"classes) with dataset.test_fraction={test_fraction}: {err}"
         ) from err
     train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
@@ -457,8 +457,8 @@ def _read_imagefolder(
     """Read every image under ``root`` as uint8 ``(N, channels, S, S)`` plus labels."""
     if not root.is_dir():
         raise FileNotFoundError(
-            f"dataset.root={str(root)!r} does not exist; imagefolder needs a folder with one "
-            "subfolder of images per class"
+            f"dataset.source.root={str(root)!r} does not exist; imagefolder needs a folder "
+            "with one subfolder of images per class"
         )
     steps = [T.ToImage(), T.Resize(image_size, antialias=True), T.CenterCrop(image_size)]
     if channels == 1:
@@ -467,8 +467,8 @@ def _read_imagefolder(
         ds = torchvision.datasets.ImageFolder(str(root), transform=T.Compose(steps))
     except FileNotFoundError as err:
         raise FileNotFoundError(
-            f"no images found under dataset.root={str(root)!r}; imagefolder needs one subfolder "
-            f"per class holding image files ({err})"
+            f"no images found under dataset.source.root={str(root)!r}; imagefolder needs one "
+            f"subfolder per class holding image files ({err})"
         ) from err
     images = torch.empty((len(ds), channels, image_size, image_size), dtype=torch.uint8)
     for i in range(len(ds)):

@@ -160,19 +160,29 @@ def reference_pool(source: DataSource, splits: Splits) -> tuple[torch.Tensor, to
 
 
 def reference_membership(pool_size: int, count: int, seed: int) -> np.ndarray:
-    """(count, pool_size) bool: reference m trains on a random half of the pool (seeded per m)."""
-    masks = np.zeros((count, pool_size), dtype=bool)
-    for m in range(count):
-        picked = np.random.default_rng([seed, m]).permutation(pool_size)[: pool_size // 2]
-        masks[m, picked] = True
-    return masks
+    """(count, pool_size) bool: which reference models train on which pool example.
+
+    Balanced as in LiRA's experiments: every example is IN for exactly ``count // 2`` models
+    (a seeded random choice per example), so each has OUT and IN references to compare with,
+    and each model trains on about half of the pool.
+    """
+    rng = np.random.default_rng([seed, count])
+    order = np.argsort(rng.random((count, pool_size)), axis=0)  # a random model order per example
+    return order < count // 2
 
 
-def save_checkpoint(model: Model, cache_dir: str | Path, run_dir: Path) -> Path:
-    """Put the weights in the run directory (a hard link to the cache entry where possible)."""
+def save_checkpoint(
+    model: Model, cache_dir: str | Path, run_dir: Path, fallback: Path | None = None
+) -> Path:
+    """Put the weights in the run directory (a hard link to the cache entry where possible).
+
+    ``fallback``: where the weights came from when the cache has no entry (a run's checkpoint).
+    """
     target = run_dir / "checkpoints" / f"{model.role}.pt"
     target.parent.mkdir(parents=True, exist_ok=True)
     source = Path(cache_dir) / model.key / "weights.pt"
+    if fallback is not None and not source.is_file():
+        source = fallback
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.unlink(missing_ok=True)
     try:

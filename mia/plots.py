@@ -8,6 +8,7 @@ runs) is skipped with its reason, never drawn empty.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -300,6 +301,16 @@ def _title(*parts: str) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def save_figure(fig: Figure, path: Path, dpi: int = 120) -> Path:
+    """Save ``fig`` as PNG through a temporary file and a rename, then close it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 class _Writer:
     """Saves figures to ``out`` and records the ones whose data was missing."""
 
@@ -313,10 +324,7 @@ class _Writer:
             self.skipped[name] = reason
             log.info("figure %s skipped: %s", name, reason)
             return
-        self.out.mkdir(parents=True, exist_ok=True)
-        fig.savefig(self.out / name, dpi=self.dpi)
-        plt.close(fig)
-        self.written.append(self.out / name)
+        self.written.append(save_figure(fig, self.out / name, self.dpi))
 
 
 def _section_figures(w: _Writer, section, groups, rows, points, arrays, opt) -> None:

@@ -242,11 +242,20 @@ class LiRAAttack(_ReferenceAttack):
         return phi, out, _GroupFit.of(ref_phi, ref_in)
 
     def _scores(
-        self, fits: list[tuple[Tensor, _GroupFit, _GroupFit | None]]
+        self,
+        fits: list[tuple[Tensor, _GroupFit, _GroupFit | None]],
+        sigmas: tuple[float, float] | None = None,
     ) -> tuple[list[Tensor], float, float]:
-        """Score each (phi, OUT fit, IN fit); return the scores and the pooled sigmas (or NaN)."""
+        """Score each (phi, OUT fit, IN fit); return the scores and the pooled sigmas (or NaN).
+
+        ``sigmas`` fixes the pooled (OUT, IN) sigmas instead of pooling over ``fits``.
+        """
         pooled_out = pooled_in = None
-        if self.fixed_variance:
+        if self.fixed_variance and sigmas is not None:
+            pooled_out = torch.tensor(sigmas[0], dtype=torch.float64)
+            if self.variant == "online":
+                pooled_in = torch.tensor(sigmas[1], dtype=torch.float64)
+        elif self.fixed_variance:
             pooled_out = pooled_sigma([out for _, out, _ in fits])
             if self.variant == "online":
                 pooled_in = pooled_sigma([in_ for _, _, in_ in fits])
@@ -265,8 +274,15 @@ class LiRAAttack(_ReferenceAttack):
         return scores, sigmas[0], sigmas[1]
 
     def _raw_score(self, x: AttackInputs) -> Tensor:
-        """Return the (N,) float64 LiRA score; higher = member."""
-        return self._scores([self._fits(x, "inputs")])[0][0]
+        """Return the (N,) float64 LiRA score; higher = member.
+
+        Once fitted with ``fixed_variance``, the sigma pooled on the shadow is used, so a target
+        example's score does not depend on which other examples share its call.
+        """
+        fits = [self._fits(x, "inputs")]
+        if self.fixed_variance and self._fitted:
+            return self._scores(fits, (self.sigma_out, self.sigma_in))[0][0]
+        return self._scores(fits)[0][0]
 
     def _shadow_scores(
         self, member: AttackInputs, nonmember: AttackInputs

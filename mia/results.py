@@ -43,6 +43,7 @@ MODEL_COLUMNS = (
     "overconfidence_error",
     "nll",
     "mean_max_score",
+    "calibration_params",
 )
 
 

@@ -93,7 +93,8 @@ def _noise(ctx: SetContext, spec: SetSpec) -> EvalSet:
 def _ood(ctx: SetContext, spec: SetSpec) -> EvalSet:
     """A sample of another data set, shaped and normalized like the target's, without labels."""
     options = {k: v for k, v in spec.ood.items() if k not in ("name", "label")}
-    other = load_source(spec.ood["name"], root=ctx.data_dir, download=ctx.download, **options)
+    root = options.pop("root", ctx.data_dir)  # e.g. an imagefolder OOD set's own folder
+    other = load_source(spec.ood["name"], root=root, download=ctx.download, **options)
     pool = other.test.images if len(other.test.images) else other.train.images
     size = len(ctx.raw_nonmembers)
     if len(pool) < size:

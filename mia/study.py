@@ -164,6 +164,14 @@ def nonmember_outputs(study: Study, target: Model, own: dict[str, Outputs]):
             log.warning("non-member set %s skipped: %s", spec.label, err)
             skipped[spec.label] = f"{type(err).__name__}: {err}"
             continue
+        bad = int((~torch.isfinite(outputs.logits).all(dim=1)).sum())
+        if bad:  # e.g. a huge delta overflowing in low precision: no metric is honest then
+            skipped[spec.label] = (
+                f"non-finite outputs: {bad} of {len(outputs)} inputs give inf/NaN logits "
+                f"(delta={spec.delta}, precision {cfg.trainer.get('precision')})"
+            )
+            log.warning("non-member set %s skipped: %s", spec.label, skipped[spec.label])
+            continue
         results.append((spec, outputs))
     return results, skipped
 
@@ -193,11 +201,15 @@ def train_models(study: Study, settings: TrainSettings, logger, allow_training: 
     """Target and shadow: loaded from the cache or trained, and linked into the run directory."""
     cfg = study.cfg
     models = {}
+    checkpoints = cfg.get("checkpoints_from")  # attack.py: the trained run's checkpoints/
     for role in ROLES:
         data = role_data(study.source, study.splits, role)
-        models[role] = obtain_model(cfg, role, study.source, data, settings, logger, allow_training)
+        checkpoint = Path(checkpoints) / f"{role}.pt" if checkpoints else None
+        models[role] = obtain_model(cfg, role, study.source, data, settings, logger,
+                                    allow_training, checkpoint)  # fmt: skip
         if not is_worker_rank():
-            save_checkpoint(models[role], cfg.paths.cache_dir, Path(cfg.paths.output_dir))
+            save_checkpoint(models[role], cfg.paths.cache_dir, Path(cfg.paths.output_dir),
+                            fallback=checkpoint)  # fmt: skip
     return models
 
 
@@ -229,7 +241,8 @@ def train_references(study: Study, settings: TrainSettings) -> list[tuple[Model,
     for m, mask in enumerate(reference_membership(len(labels), count, study.cfg.seed)):
         member_index = torch.as_tensor(np.flatnonzero(mask))
         data = TrainData(images[member_index], labels[member_index])
-        model = obtain_model(study.cfg, f"reference{m}", study.source, data, settings)
+        role = f"reference{m}of{count}"  # its training set depends on the number of models
+        model = obtain_model(study.cfg, role, study.source, data, settings)
         trained.append((model, mask))
     return trained
 
@@ -262,6 +275,7 @@ def model_rows(role: str, calibration: Calibration, own: dict[str, Outputs]):
         train = model_metrics(method.probs(own["train"]), own["train"].labels)
         test = model_metrics(test_probs, own["nonmembers"].labels)
         row = {"role": role, "calibration": method.name, "calibrated": calibrated}
+        row["calibration_params"] = " ".join(f"{k}={v:.6g}" for k, v in method.params().items())
         row |= {"train_acc": train["accuracy"], "test_acc": test["accuracy"]}
         rows.append(row | {k: v for k, v in test.items() if k != "accuracy"})
         confidence, predicted = test_probs.max(dim=1)
@@ -295,7 +309,9 @@ def prepare(cfg: DictConfig) -> tuple[Study, Calibration, TrainSettings]:
     out = Path(cfg.paths.output_dir)
     calibration = make_calibration(**cfg.calibration)
     settings = TrainSettings(**(OmegaConf.to_container(cfg.train) | calibration.train_settings()))
-    source = load_source(**cfg.dataset.source, root=cfg.paths.data_dir, download=cfg.download)
+    options = dict(cfg.dataset.source)
+    root = options.pop("root", cfg.paths.data_dir)  # imagefolder: dataset.source.root
+    source = load_source(**options, root=root, download=cfg.download)
     splits = make_splits(
         source.train.labels.numpy(), source.test.labels.numpy(), seed=cfg.split.seed,
         **{k: cfg.split[k] for k in ("train_set_size", "test_set_size", "attack_set_size")},
@@ -347,6 +363,17 @@ def run(cfg: DictConfig, allow_training: bool = True) -> dict[str, Any]:
     return write_results(study, logger, rows, models_table, scores, target_sets, record)
 
 
+def write_reliability_diagrams(results_dir: Path, scores: dict) -> None:
+    """``results/reliability_<role>.png``: the model before and (if any) after calibration."""
+    from mia.plots import reliability, save_figure
+
+    for role in ROLES:
+        arrays = {k: v.numpy() for k, v in scores.items() if k.startswith(f"reliability__{role}__")}
+        figure = reliability([arrays], f"{role} model, test samples", bins=15)
+        if figure is not None:
+            save_figure(figure, results_dir / f"reliability_{role}.png")
+
+
 def write_results(study: Study, logger, rows, models_table, scores, target_sets, record) -> dict:
     """Write every results file (atomically), report to the logger, return the summary."""
     results_dir = Path(study.cfg.paths.output_dir) / "results"
@@ -359,7 +386,9 @@ def write_results(study: Study, logger, rows, models_table, scores, target_sets,
     threshold = record["attacks"][attack].get("threshold", float("nan"))
     images = confident_false_positives(attack, threshold, scores, target_sets)
     write_npz_atomic(results_dir / "fp_images.npz", images)
-    metrics = flat_metrics(rows, models_table)
+    write_reliability_diagrams(results_dir, scores)
+    params = {r: v for r, v in record["calibration"].items() if r != "name"}
+    metrics = flat_metrics(rows, models_table, params)
     summary = {"metrics": metrics, **record, "attack_rows": len(rows), "status": "complete"}
     write_json_atomic(results_dir / "summary.json", summary)
     tables = {"attacks": (ATTACK_COLUMNS, rows), "models": (MODEL_COLUMNS, models_table)}

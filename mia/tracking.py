@@ -44,9 +44,12 @@ def make_logger(cfg: DictConfig) -> Logger | None:
 
 
 def flat_metrics(
-    attack_rows: Sequence[dict[str, Any]], model_rows: Sequence[dict[str, Any]]
+    attack_rows: Sequence[dict[str, Any]],
+    model_rows: Sequence[dict[str, Any]],
+    calibration_params: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, float]:
-    """Summary keys: ``attack/<attack>/<set>/<metric>`` and ``<role>/<metric>``."""
+    """Summary keys: ``attack/<attack>/<set>/<metric>``, ``<role>/<metric>`` (as attacked),
+    ``<role>/uncalibrated/<metric>`` (before calibration) and ``<role>/calibration/<param>``."""
     from mia.results import set_label
 
     metrics: dict[str, float] = {}
@@ -56,10 +59,12 @@ def flat_metrics(
             if isinstance(value, float) and not math.isnan(value) and key != "delta":
                 metrics[f"{prefix}/{key}"] = value
     for row in model_rows:
-        if row["calibrated"]:
-            for key, value in row.items():
-                if isinstance(value, float):
-                    metrics[f"{row['role']}/{key}"] = value
+        prefix = row["role"] if row["calibrated"] else f"{row['role']}/uncalibrated"
+        for key, value in row.items():
+            if isinstance(value, float):
+                metrics[f"{prefix}/{key}"] = value
+    for role, params in (calibration_params or {}).items():
+        metrics |= {f"{role}/calibration/{k}": float(v) for k, v in params.items()}
     return metrics
 
 

@@ -22,7 +22,11 @@ def test_every_group_option_composes(group: str, option: str, tmp_path: Path) ->
     if option == "none" and group == "logger":
         assert not cfg.logger
     elif group == "attack":
-        expected = ["threshold", "entropy", "salem"] if option == "all" else [option]
+        paper, modern = (
+            ["threshold", "entropy", "salem"],
+            ["loss", "modified_entropy", "lira", "rmia"],
+        )
+        expected = {"all": paper, "modern": modern, "every": paper + modern}.get(option, [option])
         assert list(cfg.attack) == expected
     else:
         assert cfg[group], f"{group}={option} composed to an empty config"
