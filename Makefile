@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 STAMP := .make
 
-.PHONY: install data demo test test-all lint bench clean
+.PHONY: install data demo test test-fast lint bench clean
 
 install: $(STAMP)/installed
 
@@ -28,6 +28,9 @@ demo: install data
 
 test: install data
 	$(PYTHON) -m pytest -q
+
+test-fast: install data
+	$(PYTHON) -m pytest -q -m "not slow"
 
 lint: install
 	ruff check . && ruff format --check .

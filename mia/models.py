@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -67,10 +68,17 @@ def role_data(source: DataSource, splits: Splits, role: str) -> TrainData:
     )  # fmt: skip
 
 
-def training_spec(cfg: DictConfig, role: str, settings: TrainSettings) -> dict[str, Any]:
-    """Everything that affects a model's trained weights: the model cache key is its hash."""
+def training_spec(
+    cfg: DictConfig, role: str, settings: TrainSettings, data: TrainData | None = None
+) -> dict[str, Any]:
+    """Everything that affects a model's trained weights: the model cache key is its hash.
+
+    With ``data``, a digest of the exact training images and labels is part of it, so a cached
+    model is only reused for the very examples it was trained on (its members).
+    """
     return {
         "role": role,
+        "data": None if data is None else data_digest(data),
         "dataset": OmegaConf.to_container(cfg.dataset.source, resolve=True),
         "split": OmegaConf.to_container(cfg.split, resolve=True),
         "architecture": OmegaConf.to_container(cfg.architecture, resolve=True),
@@ -78,6 +86,14 @@ def training_spec(cfg: DictConfig, role: str, settings: TrainSettings) -> dict[s
         "seed": cfg.seed,
         "precision": str(cfg.trainer.get("precision", "32-true")),
     }
+
+
+def data_digest(data: TrainData) -> str:
+    """A hash of the training images and labels (in order)."""
+    digest = hashlib.sha256()
+    for tensor in (data.images, data.labels):
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:20]
 
 
 def is_worker_rank() -> bool:
@@ -110,7 +126,7 @@ def obtain_model(
     seed = cfg.seed + (ROLES.index(role) if role in ROLES else 100 + hash_role(role))
     pl.seed_everything(seed, verbose=False)
     net = build_net(cfg, source)
-    spec = training_spec(cfg, role, settings)
+    spec = training_spec(cfg, role, settings, data)
     key, cache = cache_key(spec), ModelCache(cfg.paths.cache_dir)
     expected = f"architecture {cfg.architecture._target_} with {source.num_classes} classes"
     # DDP workers join rank zero's training; only rank zero locks and writes the cache entry.
