@@ -131,27 +131,20 @@ class _ScoreThresholdAttack(Attack):
         """Pick the shadow ROC threshold that maximises :meth:`_objective`."""
         member_scores = self._raw_score(self._check_probs(member_probs, "member_probs"))
         nonmember_scores = self._raw_score(self._check_probs(nonmember_probs, "nonmember_probs"))
-        scores = torch.cat([member_scores, nonmember_scores])
-        is_member = torch.cat(
-            [
-                torch.ones_like(member_scores, dtype=torch.bool),
-                torch.zeros_like(nonmember_scores, dtype=torch.bool),
-            ]
-        )
+        return self._fit_threshold(member_scores, nonmember_scores)
+
+    def _fit_threshold(self, member_scores: Tensor, nonmember_scores: Tensor) -> Attack:
+        """Set the threshold on the shadow's exact ROC that maximises :meth:`_objective`."""
+        scores = torch.cat([member_scores, nonmember_scores])  # (P + Q,)
+        is_member = torch.arange(len(scores), device=scores.device) < len(member_scores)
         fpr, tpr, thresholds = metrics.roc(scores, is_member)
         # argmax returns the first maximum, i.e. the highest threshold among ties
-        best = int(
-            torch.argmax(self._objective(fpr, tpr, len(member_scores), len(nonmember_scores)))
-        )
+        objective = self._objective(fpr, tpr, len(member_scores), len(nonmember_scores))
+        best = int(torch.argmax(objective))
         self.threshold = float(thresholds[best])
         self._fitted = True
-        log.debug(
-            "%s: threshold %.6g (tpr %.4f, fpr %.4f)",
-            self.name,
-            self.threshold,
-            tpr[best],
-            fpr[best],
-        )
+        log.debug("%s: threshold %.6g (tpr %.4f, fpr %.4f)", self.name, self.threshold,
+                  tpr[best], fpr[best])  # fmt: skip
         return self
 
     def score(self, probs: Tensor) -> Tensor:

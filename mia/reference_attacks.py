@@ -185,21 +185,7 @@ class _ReferenceAttack(_ScoreThresholdAttack):
         member = self._check_probs(member_probs, "member inputs")
         nonmember = self._check_probs(nonmember_probs, "non-member inputs")
         member_scores, nonmember_scores = self._shadow_scores(member, nonmember)
-        scores = torch.cat([member_scores, nonmember_scores])  # (P + Q,)
-        is_member = torch.arange(len(scores), device=scores.device) < len(member_scores)
-        fpr, tpr, thresholds = metrics.roc(scores, is_member)
-        # argmax returns the first maximum, i.e. the highest threshold among ties
-        best = int(torch.argmax(self._objective(fpr, tpr, len(member), len(nonmember))))
-        self.threshold = float(thresholds[best])
-        self._fitted = True
-        log.debug(
-            "%s: threshold %.6g (tpr %.4f, fpr %.4f)",
-            self.name,
-            self.threshold,
-            tpr[best],
-            fpr[best],
-        )
-        return self
+        return self._fit_threshold(member_scores, nonmember_scores)
 
 
 class LiRAAttack(_ReferenceAttack):

@@ -11,23 +11,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mia.metrics import ATTACK_METRIC_KEYS
+
 ATTACK_COLUMNS = (
     "attack",
     "nonmember_set",
     "delta",
-    "precision",
-    "recall",
-    "fpr",
-    "accuracy",
-    "auroc",
-    "aupr",
-    "fpr_at_tpr95",
-    "tpr_at_fpr1",
-    "tpr_at_fpr01",
-    "tp_mmps",
-    "fp_mmps",
-    "fn_mmps",
-    "tn_mmps",
+    *ATTACK_METRIC_KEYS,
     "calibration",
     "n_members",
     "n_nonmembers",
