@@ -108,6 +108,8 @@ def test_a_bias_free_relu_network_is_certain_far_away() -> None:
         logits = net(x)
         # Positive homogeneity: f(delta x) = delta f(x) exactly, so the softmax sharpens.
         torch.testing.assert_close(net(1000 * x), 1000 * logits, rtol=1e-4, atol=1e-3)
-        max_scores = {d: torch.softmax(net(d * x), 1).max(1).values for d in (1, 10, 1e4)}
-    assert (max_scores[1e4] > 0.999).float().mean() > 0.99
-    assert max_scores[1e4].mean() > max_scores[10].mean() > max_scores[1].mean()
+        net, x = net.double(), x.double()
+        max_scores = {d: torch.softmax(net(d * x), 1).max(1).values for d in (1, 10, 1e6)}
+    # Only an exact tie of the top two logits keeps an input away from 1.
+    assert (max_scores[1e6] > 0.999).all()
+    assert max_scores[1e6].mean() > max_scores[10].mean() > max_scores[1].mean()
