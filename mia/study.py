@@ -23,7 +23,7 @@ from mia.attacks import make_attack
 from mia.calibration import Calibration, CalibrationData, make_calibration
 from mia.data import DataSource, load_source, normalize
 from mia.metrics import model_metrics
-from mia.model_cache import write_json_atomic
+from mia.model_cache import cache_key, write_json_atomic
 from mia.models import (
     ROLES,
     Model,
@@ -95,7 +95,17 @@ class Study:
             outputs.images = images
             return outputs
 
-        return self.store.get(model.key, set_id, compute)
+        # Every set is drawn through the splits: their digest keeps cached outputs honest.
+        return self.store.get(model.key, set_id | {"splits": self.splits_digest}, compute)
+
+    @functools.cached_property
+    def splits_digest(self) -> str:
+        arrays = [self.splits.train_half(r) for r in ROLES] + [
+            self.splits.test_half(r) for r in ROLES
+        ]
+        return cache_key(
+            {"indices": [a.tolist() for a in arrays], "size": self.splits.attack_set_size}
+        )
 
     def pool_images(self, pool: str, index) -> tuple[torch.Tensor, torch.Tensor, None]:
         """Inputs and labels of ``index`` into the "train" or "test" pool (no display copy)."""
