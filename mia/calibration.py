@@ -35,6 +35,8 @@ class Calibration:
 
     name: ClassVar[str] = "none"
     # Training settings this method changes (e.g. label smoothing); part of the model cache key.
+    # Whether the method transforms the outputs after training (False: training-time methods).
+    post_hoc: ClassVar[bool] = True
     # Whether ``fit`` wants the model's outputs on uniform-noise inputs (``CalibrationData.noise``).
     needs_noise: ClassVar[bool] = False
 
@@ -108,6 +110,7 @@ class LabelSmoothing(Calibration):
     """Label smoothing during training; plain softmax afterwards."""
 
     name = "ls"
+    post_hoc = False
 
     def __init__(self, smoothing: float = 0.0083) -> None:
         if not 0 < smoothing < 1:
@@ -125,6 +128,7 @@ class WeightDecay(Calibration):
     """L2 regularisation (Adam weight decay) during training; plain softmax afterwards."""
 
     name = "l2"
+    post_hoc = False
 
     def __init__(self, weight_decay: float = 3e-4) -> None:
         if not weight_decay > 0:

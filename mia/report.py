@@ -34,7 +34,9 @@ RUN_HINT = (
 ATTACK_METRICS = ATTACK_COLUMNS[
     ATTACK_COLUMNS.index("precision") : ATTACK_COLUMNS.index("tn_mmps") + 1
 ]
-MODEL_METRICS = MODEL_COLUMNS[MODEL_COLUMNS.index("train_acc") :]
+MODEL_METRICS = MODEL_COLUMNS[
+    MODEL_COLUMNS.index("train_acc") : MODEL_COLUMNS.index("mean_max_score") + 1
+]
 LABELS = ("dataset", "architecture", "setting", "calibration")
 CALIBRATION_ORDER = ("none", "temp", "ls", "l2")
 METRIC_NAMES = {"fpr": "FPR", "recall": "TPR (recall)", "auroc": "AUROC", "precision": "Precision"}

@@ -276,9 +276,10 @@ def model_rows(role: str, calibration: Calibration, own: dict[str, Outputs]):
 
     Returns the rows and the reliability data (confidence and correctness on the test samples).
     """
-    methods = [(Calibration(), calibration.name == "none")]
-    if calibration.name != "none":
-        methods.append((calibration, True))
+    if calibration.name == "none" or not calibration.post_hoc:  # the softmax is what is attacked
+        methods = [(calibration, True)]
+    else:
+        methods = [(Calibration(), False), (calibration, True)]
     rows, reliability = [], {}
     for method, calibrated in methods:
         test_probs = method.probs(own["nonmembers"])
