@@ -72,3 +72,24 @@ def test_sigkill_mid_training_then_rerun_resumes_to_identical_results(tmp_path: 
         theirs = torch.load(tmp_path / f"ref/checkpoints/{role}.pt", weights_only=True)
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs), role
     assert not list((tmp_path / "cache" / ".partial").glob("*/last.ckpt"))
+
+
+@pytest.mark.slow
+def test_killed_job_of_a_local_launcher_sweep_resumes_when_the_sweep_is_rerun(tmp_path: Path):
+    """The path a SLURM requeue takes: the same job config runs again and resumes from the cache."""
+    paths = [f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    args = [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=local", *RUN, *paths]
+    first = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_for(".partial/*/last.ckpt", tmp_path / "cache")
+    # Preemption: the launcher and its submitit job die at once (both name tmp_path in argv).
+    subprocess.run(["pkill", "-9", "-f", str(tmp_path)], check=False)
+    first.wait()
+    assert not (tmp_path / "sweep" / "0" / "results" / "summary.json").exists()
+
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = (tmp_path / "sweep" / "0" / "train.log").read_text()
+    assert "resuming training from" in log
+    assert (tmp_path / "sweep" / "0" / "results" / "summary.json").is_file()
